@@ -1,0 +1,45 @@
+"""The `transduce` command: one subcommand per stage of the pipeline.
+
+transduce demo            # train (once) or load the demo model, then show it working
+transduce train-demo      # train the demo model and report its accuracy
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from transduce.commands import demo, train_demo
+
+COMMANDS = {"demo": demo, "train-demo": train_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="transduce",
+        description="A Transformer encoder-decoder from PyTorch to ONNX Runtime and TensorRT.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        sub = subparsers.add_parser(
+            name, help=module.__doc__.splitlines()[0], description=module.__doc__
+        )
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return COMMANDS[args.command].run(args)
+    except (ValueError, FileNotFoundError) as error:
+        logging.getLogger("transduce").error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
