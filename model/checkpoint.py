@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from transduce.files import staged_directory
 from transduce.model.config import ModelConfig
 from transduce.model.transformer import Transformer
 from transduce.text import VocabTokenizer
@@ -56,32 +54,13 @@ def save_checkpoint(
     model: Transformer, directory: str | Path, tokenizer: VocabTokenizer | None = None
 ) -> Path:
     """Write the checkpoint; an existing directory is replaced only once the new one is whole."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         (staging / CONFIG_FILE).write_text(model.config.to_json())
         save_file(stored_state(model), staging / WEIGHTS_FILE, metadata={"format": "transduce"})
         if tokenizer is not None:
             tokenizer.save(staging)
-        _replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("Saved checkpoint %s", directory)
-    return directory
-
-
-def _replace_directory(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an old `target` is removed only after the move succeeded."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old)
+    return Path(directory)
 
 
 def load_config(directory: str | Path) -> ModelConfig:

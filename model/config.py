@@ -33,6 +33,9 @@ class ModelConfig:
     dropout: float = 0.1  # training only; inference is always eval()
     activation: str = "relu"  # feed-forward nonlinearity, one of ACTIVATIONS
     norm_first: bool = False  # False: LayerNorm(x + f(x)) (paper); True: x + f(LayerNorm(x))
+    # a LayerNorm after the last layer of each stack; None: exactly when norm_first.
+    # torch.nn.Transformer always has one, post-norm included
+    final_norm: bool | None = None
     layer_norm_eps: float = 1e-5
     positions: str = "sinusoidal"  # one of POSITIONS
     sinusoid_layout: str = "interleaved"  # one of SINUSOID_LAYOUTS
@@ -47,6 +50,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:  # Dh
         return self.d_model // self.n_heads
+
+    @property
+    def has_final_norm(self) -> bool:
+        """Whether each stack ends with a LayerNorm (`final_norm`, resolved)."""
+        return self.norm_first if self.final_norm is None else self.final_norm
 
     def __post_init__(self) -> None:
         problems = []

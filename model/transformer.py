@@ -9,6 +9,7 @@ path used for training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -16,7 +17,8 @@ from torch import nn
 from transduce.model.cache import GrowingCache
 from transduce.model.config import ModelConfig
 
-KeyValue = tuple[torch.Tensor, torch.Tensor]  # (B, H, S or P+T, Dh) each
+KeyValue = tuple[torch.Tensor, torch.Tensor]  # (B, H, N, Dh) each
+Segment = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # keys, values, mask
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -38,10 +40,12 @@ def sinusoid_table(n_positions: int, d_model: int, layout: str) -> torch.Tensor:
 
 
 class MultiHeadAttention(nn.Module):
-    """softmax(Q K^T / sqrt(Dh)) V over H heads; the caller supplies keys, values and the mask.
+    """softmax(Q K^T / sqrt(Dh)) V over H heads; the caller supplies keys, values and masks.
 
     Keys and values are projected by `project_keys_values()` so that cross-attention can compute
-    them once per request and self-attention can pass them through a cache.
+    them once per request and self-attention can pass them through a cache. They may come in
+    several segments (say, a cache and this step's new positions) that are attended over as
+    one sequence without being concatenated: only the small score tensors are joined.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -51,6 +55,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, config.d_model)
         self.v_proj = nn.Linear(config.d_model, config.d_model)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.softmax_fp32 = False  # set by set_precision(); a no-op while the model is fp32
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         # (B, T, D) -> (B, H, T, Dh): heads become a batch-like axis for the matmuls
@@ -61,25 +66,31 @@ class MultiHeadAttention(nn.Module):
         """(B, N, D) -> keys and values, (B, H, N, Dh) each."""
         return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
 
-    def forward(
-        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Attend from x (B, T, D) over keys/values (B, H, N, Dh).
+    def forward(self, x: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+        """Attend from x (B, T, D) over the keys/values of every segment.
 
-        mask: bool, broadcastable to (B, H, T, N), True where attention is allowed.
+        segments: (keys, values, mask) triples; keys and values (B, H, N, Dh), mask bool and
+            broadcastable to (B, H, T, N), True where attention is allowed.
         """
         B, T, D = x.shape
         queries = self._split_heads(self.q_proj(x))  # (B, H, T, Dh)
 
-        # (B, H, T, Dh) @ (B, H, Dh, N) -> (B, H, T, N)
-        scores = queries @ keys.transpose(-2, -1) / math.sqrt(self.head_dim)
-        # the most negative finite value, not -inf: a row with nothing to attend stays finite
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        weights = torch.softmax(scores, dim=-1)
+        # (B, H, T, Dh) @ (B, H, Dh, N) -> (B, H, T, N) per segment, joined along N
+        scores = []
+        for keys, _, mask in segments:
+            s = queries @ keys.transpose(-2, -1) / math.sqrt(self.head_dim)
+            s = s.float() if self.softmax_fp32 else s
+            # the most negative finite value, not -inf: a row with nothing to see stays finite
+            scores.append(s.masked_fill(~mask, torch.finfo(s.dtype).min))
+        weights = torch.softmax(torch.cat(scores, dim=-1), dim=-1).to(queries.dtype)
 
-        # (B, H, T, N) @ (B, H, N, Dh) -> (B, H, T, Dh) -> (B, T, D)
-        context = (weights @ values).transpose(1, 2).reshape(B, T, D)
-        return self.out_proj(context)
+        # (B, H, T, N) @ (B, H, N, Dh) -> (B, H, T, Dh), summed over segments -> (B, T, D)
+        context, start = 0, 0
+        for keys, values, _ in segments:
+            n = keys.shape[2]
+            context = context + weights[..., start : start + n] @ values
+            start += n
+        return self.out_proj(context.transpose(1, 2).reshape(B, T, D))
 
 
 class FeedForward(nn.Module):
@@ -96,6 +107,22 @@ class FeedForward(nn.Module):
         return self.down(self.dropout(self.activation(self.up(x))))
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that can compute in fp32 inside a half-precision model.
+
+    With `compute_fp32` set (see set_precision()), the input is cast up, normalized with fp32
+    statistics and fp32 weights, and cast back: the casts an FP16 graph needs to say that its
+    normalization runs in FP32.
+    """
+
+    compute_fp32 = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_fp32:
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
 class Residual(nn.Module):
     """Wraps a sub-layer with dropout, the residual connection and LayerNorm.
 
@@ -104,7 +131,7 @@ class Residual(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.norm = LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
         self.norm_first = config.norm_first
 
@@ -124,7 +151,7 @@ class EncoderLayer(nn.Module):
         """x: (B, S, D); src_mask: (B, 1, 1, S) bool, True at real (non-padding) tokens."""
 
         def attend(h: torch.Tensor) -> torch.Tensor:
-            return self.self_attn(h, *self.self_attn.project_keys_values(h), src_mask)
+            return self.self_attn(h, [(*self.self_attn.project_keys_values(h), src_mask)])
 
         x = self.self_attn_residual(x, attend)
         return self.ffn_residual(x, self.ffn)
@@ -140,27 +167,25 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        self_kv,
-        self_mask: torch.Tensor,
+        self_segments: Callable[[torch.Tensor, torch.Tensor], list[Segment]],
         cross_kv: KeyValue,
         cross_mask: torch.Tensor,
     ) -> torch.Tensor:
         """One decoder layer on x (B, T, D).
 
-        self_kv: callable mapping this call's new (B, H, T, Dh) keys and values to all the keys
-            and values to attend over (the cache decides: concatenate, or write into a buffer).
-        self_mask: bool, broadcastable to (B, H, T, N), True where a target position may look.
+        self_segments: maps this call's new (B, H, T, Dh) keys and values to the segments that
+            self-attention looks at, masks included (the cache decides how: concatenate, or
+            keep a fixed buffer beside the new positions).
         cross_kv: the encoder-side keys and values, (B, H, S, Dh) each.
         cross_mask: (B, 1, 1, S) bool, True at real source tokens.
         """
 
         def self_attend(h: torch.Tensor) -> torch.Tensor:
-            keys, values = self_kv(*self.self_attn.project_keys_values(h))
-            return self.self_attn(h, keys, values, self_mask)
+            return self.self_attn(h, self_segments(*self.self_attn.project_keys_values(h)))
 
         # queries come from the decoder stream; keys and values from the encoder output
         def cross_attend(h: torch.Tensor) -> torch.Tensor:
-            return self.cross_attn(h, *cross_kv, cross_mask)
+            return self.cross_attn(h, [(*cross_kv, cross_mask)])
 
         x = self.self_attn_residual(x, self_attend)
         x = self.cross_attn_residual(x, cross_attend)
@@ -197,10 +222,11 @@ class Transformer(nn.Module):
         self.decoder_layers = nn.ModuleList(
             DecoderLayer(config) for _ in range(config.n_decoder_layers)
         )
-        # pre-norm stacks end with a LayerNorm; post-norm layers already end with one
+        # pre-norm stacks end with a LayerNorm; post-norm layers already end with one (but
+        # torch.nn.Transformer adds it anyway, hence the option)
         final_norm = (
             (lambda: nn.LayerNorm(D, eps=config.layer_norm_eps))
-            if config.norm_first
+            if config.has_final_norm
             else nn.Identity
         )
         self.encoder_norm, self.decoder_norm = final_norm(), final_norm()
@@ -268,12 +294,17 @@ class Transformer(nn.Module):
 
         x = self._embed(self.tgt_embed, tgt_tokens, past_len)
         for i, layer in enumerate(self.decoder_layers):
-            self_kv = (
-                (lambda k, v: (k, v))
-                if cache is None
-                else (lambda k, v, i=i: cache.update(i, k, v))
-            )
-            x = layer(x, self_kv, self_mask, cross_kv[i], cross_mask)
+
+            def self_segments(keys, values, i=i):
+                if cache is not None:
+                    keys, values = cache.update(i, keys, values)  # (B, H, P + T, Dh)
+                return [(keys, values, self_mask)]
+
+            x = layer(x, self_segments, cross_kv[i], cross_mask)
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder stack's output (B, T, D) -> logits (B, T, V)."""
         return self.output_proj(self.decoder_norm(x))
 
     def decode_step(
