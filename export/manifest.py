@@ -68,6 +68,7 @@ def make_manifest(
     top_k: int,
     graphs: dict[str, dict],
     source: dict,
+    trt_target: str,
 ) -> dict:
     return {
         "format": FORMAT,
@@ -77,6 +78,7 @@ def make_manifest(
         "precision": precision.to_dict(),
         "opset": opset,
         "top_k": top_k,
+        "trt_parser_checked": trt_target,
         "tools": _tool_versions(),
         "graphs": graphs,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -16,6 +17,7 @@ import torch
 from transduce.export import contract
 from transduce.export.graphs import DecoderStepGraph, EncoderGraph
 from transduce.export.manifest import graph_entry, make_manifest, write_manifest
+from transduce.export.trt_support import check_trt_support
 from transduce.files import staged_directory
 from transduce.model.precision import FP32, PrecisionPolicy, with_precision
 from transduce.model.transformer import Transformer
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 20  # parses on TensorRT 10.x and 11.x (decomposed attention)
 DEFAULT_TOP_K = 8  # beam search needs 2 * beams candidates per row: up to 4 beams
+# the oldest TensorRT the graphs must parse on (export/trt_parser_ops/ has the tables)
+DEFAULT_TRT_TARGET = "10.15"
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 
 
@@ -102,8 +106,9 @@ def _make_deterministic(model: onnx.ModelProto) -> None:
             del node.metadata_props[:]
 
 
-def check_graph(path: Path, names: tuple[list[str], list[str]]) -> list[str]:
-    """Problems with an exported graph: checker with full shape inference, and I/O names."""
+def check_graph(path: Path, names: tuple[list[str], list[str]], trt_target: str) -> list[str]:
+    """Problems with an exported graph: the ONNX checker with full shape inference, the I/O
+    names of the contract, and operators the targeted TensorRT ONNX parser cannot read."""
     problems = []
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -119,6 +124,7 @@ def check_graph(path: Path, names: tuple[list[str], list[str]]) -> list[str]:
         problems.append(
             f"{path.name}: outputs {actual_out} differ from the contract {expected_out}"
         )
+    problems += [f"{path.name}: {p}" for p in check_trt_support(model, trt_target)]
     return problems
 
 
@@ -130,6 +136,8 @@ def onnx_from_model(
     top_k: int = DEFAULT_TOP_K,
     opset: int = DEFAULT_OPSET,
     source: dict | None = None,
+    trt_target: str = DEFAULT_TRT_TARGET,
+    extras: Callable[[Path], None] | None = None,
 ) -> dict:
     """Export encoder.onnx and decoder.onnx with manifest.json into `output_dir`.
 
@@ -140,6 +148,8 @@ def onnx_from_model(
         top_k: width of the decoder's top_ids / top_log_probs outputs.
         opset: ONNX opset of both graphs.
         source: what the model was loaded from (recorded in the manifest).
+        trt_target: the TensorRT version whose ONNX parser must accept every operator.
+        extras: writes more files (a tokenizer) into the directory before it is published.
 
     Returns:
         The manifest.
@@ -179,7 +189,7 @@ def onnx_from_model(
         problems, entries = [], {}
         for name, (module, args, shapes, names, file) in graphs.items():
             _export(module.eval(), args, shapes, names, staging / file, opset)
-            problems += check_graph(staging / file, names)
+            problems += check_graph(staging / file, names, trt_target)
             entries[name] = graph_entry(staging / file)
         if problems:
             raise ExportError(
@@ -193,8 +203,11 @@ def onnx_from_model(
             top_k=top_k,
             graphs=entries,
             source=source or {},
+            trt_target=trt_target,
         )
         write_manifest(staging, manifest)
+        if extras is not None:
+            extras(staging)
         logger.info(
             "Exported %s (%s, opset %d) in %.1f s",
             output_dir.name,

@@ -8,7 +8,9 @@ Conventions shared with the runtime: decoding starts from `bos_id`; a row ends w
 `eos_id` (the EOS is part of its tokens and of its score) or after `max_new_tokens`. A score is
 the sum of the log-probabilities of the generated tokens; beam search ranks finished
 hypotheses by score / length ** length_penalty (length counts generated tokens, EOS included)
-and stops a row as soon as `beam_size` hypotheses have finished (early stopping).
+and stops a row as soon as `beam_size` hypotheses have finished (early stopping); on the
+step that spends the budget, the unfinished prefixes compete with the finished hypotheses
+(as in Hugging Face transformers' generate() with early_stopping=True).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def _beam_search_row(
         done.sort(key=lambda h: -h.normalized_score)
         del done[beam_size:]
 
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         # 1) extend every live prefix by every token: (K, V) candidate scores
         prefixes = torch.tensor([tokens for tokens, _ in live])
         K = len(live)
@@ -136,8 +138,9 @@ def _beam_search_row(
                 next_live.append(([config.bos_id] + tokens, score))
         live = next_live
 
-        # 3) early stopping: the row is done once beam_size hypotheses have finished
-        if len(done) >= beam_size:
+        # 3) early stopping: the row is done once beam_size hypotheses have finished, except
+        #    on the last step, whose unfinished prefixes still compete below
+        if len(done) >= beam_size and step < max_new_tokens - 1:
             return done
 
     # the budget ran out: unfinished prefixes compete with the finished ones

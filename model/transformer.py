@@ -225,7 +225,7 @@ class Transformer(nn.Module):
         # pre-norm stacks end with a LayerNorm; post-norm layers already end with one (but
         # torch.nn.Transformer adds it anyway, hence the option)
         final_norm = (
-            (lambda: nn.LayerNorm(D, eps=config.layer_norm_eps))
+            (lambda: LayerNorm(D, eps=config.layer_norm_eps))
             if config.has_final_norm
             else nn.Identity
         )

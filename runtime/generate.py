@@ -4,7 +4,8 @@ Semantics match the golden decoders of model/golden.py (the tests hold them to i
 starts from BOS; a row ends at its EOS (included in its tokens and score) or after
 max_new_tokens; beam search keeps the 2K best extensions, finishes a hypothesis on an EOS among
 the first K, stops a row once K hypotheses have finished, and ranks them by
-score / length ** length_penalty.
+score / length ** length_penalty. On the step that spends the budget, unfinished beams compete
+with the finished hypotheses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from transduce.runtime.backend import Backend, DecodeSession
 from transduce.runtime.sampling import sample_tokens
@@ -281,7 +283,8 @@ def _beam_search(
             beam_scores[r] = [score for _, _, score in live]
             parents[r * K : (r + 1) * K] = [r * K + beam for beam, _, _ in live]
             tokens[r * K : (r + 1) * K] = [token for _, token, _ in live]
-            row_done[r] = len(done[r]) >= K
+            # on the last step, unfinished beams still compete (after the loop)
+            row_done[r] = len(done[r]) >= K and step < config.max_new_tokens - 1
 
         session.reorder(parents)
         now = time.perf_counter()
@@ -334,6 +337,7 @@ def generate_many(
     config: GenerationConfig | None = None,
     *,
     max_rows: int = 64,
+    progress: bool = False,
 ) -> list[list[Hypothesis]]:
     """Decode a long list of sources in batches of similar length; results in input order."""
     config = config or GenerationConfig()
@@ -342,7 +346,8 @@ def generate_many(
     rows_per_batch = max(1, max_rows // config.beam_size)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     results: list[list[Hypothesis] | None] = [None] * len(sources)
-    for start in range(0, len(order), rows_per_batch):
+    starts = range(0, len(order), rows_per_batch)
+    for start in tqdm(starts, desc=backend.name, unit="batch", disable=not progress):
         chunk = order[start : start + rows_per_batch]
         result = generate(backend, [sources[i] for i in chunk], config)
         for i, hypotheses in zip(chunk, result.hypotheses, strict=True):

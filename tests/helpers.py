@@ -27,3 +27,11 @@ def random_sources(
         rows[row, : length - 1] = body
         rows[row, length - 1] = config.eos_id
     return rows
+
+
+def eos_biased_model(seed: int = 51, factor: float = 1.3, **overrides) -> Transformer:
+    """A tiny model whose EOS logit is inflated, so rows end at different steps."""
+    model = tiny_model(seed=seed, **overrides)
+    with torch.no_grad():
+        model.output_proj.weight[model.config.eos_id] *= factor
+    return model

@@ -18,6 +18,7 @@ from transduce import paths
 from transduce.model import Transformer
 from transduce.model.checkpoint import save_checkpoint
 from transduce.model.demo import demo_batches, demo_config, demo_pairs, demo_tokenizer
+from transduce.model.threads import torch_threads
 from transduce.model.train import TrainConfig, exact_match, train
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def train_and_save(
     seconds = time.perf_counter() - start
 
     test_pairs = demo_pairs(TEST_SET_SIZE, split="test")
-    accuracy = exact_match(model, test_pairs, tokenizer)
+    with torch_threads(1):
+        accuracy = exact_match(model, test_pairs, tokenizer)
     logger.info(
         "Trained in %.1f s; exact match on %d held-out numbers: %.2f %%",
         seconds,
