@@ -10,9 +10,27 @@ import argparse
 import logging
 import sys
 
-from transduce.commands import demo, train_demo
+from transduce.commands import (
+    build,
+    demo,
+    export,
+    generate,
+    import_model,
+    parity,
+    selfcheck,
+    train_demo,
+)
 
-COMMANDS = {"demo": demo, "train-demo": train_demo}
+COMMANDS = {
+    "demo": demo,
+    "train-demo": train_demo,
+    "export": export,
+    "generate": generate,
+    "parity": parity,
+    "import": import_model,
+    "build": build,
+    "selfcheck": selfcheck,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # the exporter's own passes log every rewrite at INFO; keep their warnings only
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     try:
         return COMMANDS[args.command].run(args)
     except (ValueError, FileNotFoundError) as error:
