@@ -32,7 +32,9 @@ from transduce.engines.tensorrt_api import (
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted(ROOT.glob("engines/*.py")) + [
+    ROOT / "runtime" / "cuda_device.py",
     ROOT / "runtime" / "tensorrt_backend.py",
+    ROOT / "runtime" / "tensorrt_plans.py",
     ROOT / "transduce" / "commands" / "build.py",
     ROOT / "transduce" / "commands" / "selfcheck.py",
 ]
@@ -212,6 +214,7 @@ def test_the_tensorrt_path_imports_no_torch_onnx_or_gpu_library() -> None:
     code = (
         "import sys\n"
         "import transduce.runtime.tensorrt_backend, transduce.engines.build\n"
+        "import transduce.runtime.tensorrt_plans, transduce.runtime.cuda_device\n"
         "import transduce.commands.selfcheck, transduce.commands.build\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'onnx', 'onnxruntime', 'tensorrt', 'cuda')"

@@ -34,10 +34,10 @@ from transduce.export.graphs import DecoderStepGraph, EncoderGraph
 from transduce.model.golden import greedy
 from transduce.runtime import tensorrt_backend
 from transduce.runtime.backend import ModelInfo
-from transduce.runtime.tensorrt_backend import (
+from transduce.runtime.tensorrt_backend import TensorRTBackend
+from transduce.runtime.tensorrt_plans import (
     Copy2D,
     ProfileLimits,
-    TensorRTBackend,
     TensorSpec,
     align_up,
     axis_sizes,
