@@ -22,19 +22,8 @@ class TorchBackend(Backend):
 
     def __init__(self, model: Transformer, *, top_k: int = 8) -> None:
         self.model = model.eval()
-        config = model.config
-        self.info = ModelInfo(
-            src_vocab_size=config.src_vocab_size,
-            tgt_vocab_size=config.tgt_vocab_size,
-            n_layers=config.n_decoder_layers,
-            n_heads=config.n_heads,
-            head_dim=config.head_dim,
-            max_positions=config.max_positions,
-            top_k=top_k,
-            pad_id=config.pad_id,
-            bos_id=config.bos_id,
-            eos_id=config.eos_id,
-            cache_dtype="float32",
+        self.info = ModelInfo.from_model_config(
+            model.config.to_dict(), top_k=top_k, cache_dtype="float32"
         )
 
     def start(self, src_tokens: np.ndarray, *, beams: int, capacity: int) -> DecodeSession:

@@ -35,8 +35,8 @@ class ModelInfo:
     cache_dtype: str  # numpy dtype name of the cache and the cross keys/values
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> ModelInfo:
-        model = manifest["model"]
+    def from_model_config(cls, model: dict, *, top_k: int, cache_dtype: str) -> ModelInfo:
+        """From a model config as a dict (config.json, or a manifest's "model")."""
         return cls(
             src_vocab_size=model["src_vocab_size"],
             tgt_vocab_size=model["tgt_vocab_size"],
@@ -44,11 +44,17 @@ class ModelInfo:
             n_heads=model["n_heads"],
             head_dim=model["d_model"] // model["n_heads"],
             max_positions=model["max_positions"],
-            top_k=manifest["top_k"],
+            top_k=top_k,
             pad_id=model["pad_id"],
             bos_id=model["bos_id"],
             eos_id=model["eos_id"],
-            cache_dtype=manifest["precision"]["dtype"],
+            cache_dtype=cache_dtype,
+        )
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> ModelInfo:
+        return cls.from_model_config(
+            manifest["model"], top_k=manifest["top_k"], cache_dtype=manifest["precision"]["dtype"]
         )
 
 
