@@ -6,6 +6,10 @@ max_new_tokens; beam search keeps the 2K best extensions, finishes a hypothesis 
 the first K, stops a row once K hypotheses have finished, and ranks them by
 score / length ** length_penalty. On the step that spends the budget, unfinished beams compete
 with the finished hypotheses.
+
+One addition the golden decoders lack: `min_new_tokens` keeps EOS from being chosen for the
+first steps (the benchmark sets it to max_new_tokens so that every engine does the same work);
+tests/runtime/test_generate.py holds it to a masked copy of golden greedy.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from transduce.runtime.backend import Backend, DecodeSession
+from transduce.runtime.backend import Backend, DecodeSession, StepResult
 from transduce.runtime.sampling import sample_tokens
 
 logger = logging.getLogger(__name__)
@@ -29,6 +33,9 @@ class GenerationConfig:
     """How to decode. Greedy unless beam_size > 1 or sample is set."""
 
     max_new_tokens: int = 64
+    # EOS cannot be chosen before this many tokens (0: no minimum). With min_new_tokens equal
+    # to max_new_tokens every row gets exactly that many tokens: the benchmark's fixed work
+    min_new_tokens: int = 0
     beam_size: int = 1  # K
     length_penalty: float = 1.0  # beam ranking: score / length ** length_penalty
     n_best: int = 1  # hypotheses returned per row (beam search)
@@ -42,6 +49,11 @@ class GenerationConfig:
         found = []
         if self.max_new_tokens < 1:
             found.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            found.append(
+                f"min_new_tokens ({self.min_new_tokens}) must be between 0 and max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
         if self.beam_size < 1:
             found.append(f"beam_size must be at least 1, got {self.beam_size}")
         if not 1 <= self.n_best <= self.beam_size:
@@ -156,6 +168,11 @@ def validate_request(backend: Backend, src_tokens, config: GenerationConfig) -> 
             f"max_new_tokens ({config.max_new_tokens}) exceeds the target length "
             f"limit of {limits['capacity']}"
         )
+    if config.min_new_tokens and not config.sample and info.top_k < 2:
+        problems.append(
+            f"min_new_tokens needs a second candidate when EOS is the best token, but the graph "
+            f"returns top_k = {info.top_k}; re-export with --top-k 2 or more"
+        )
     if 2 * config.beam_size > info.top_k and config.beam_size > 1:
         problems.append(
             f"beam_size {config.beam_size} needs 2 x {config.beam_size} candidates per row but "
@@ -165,6 +182,18 @@ def validate_request(backend: Backend, src_tokens, config: GenerationConfig) -> 
     if problems:
         raise ValueError("invalid generation request:\n" + "\n".join(f"  - {p}" for p in problems))
     return src
+
+
+def _best_except(result: StepResult, token: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best candidate other than `token`: (ids (B,), log-probabilities (B,)).
+
+    The candidates are sorted best first and hold `token` at most once, so the answer is the
+    first column, or the second where the first is `token`. Scores stay the model's own
+    log-probabilities (not renormalized without `token`).
+    """
+    column = (result.top_ids[:, 0] == token).astype(np.intp)
+    rows = np.arange(column.shape[0])
+    return result.top_ids[rows, column], result.top_log_probs[rows, column]
 
 
 def _row_hypothesis(tokens: list[int], score: float, penalty: float) -> Hypothesis:
@@ -208,8 +237,14 @@ def iter_steps(
         step_start = time.perf_counter()
         result = session.step(tokens, step, full=config.sample)
         if config.sample:
-            chosen = sample_tokens(result.log_probs, config, rng)
+            allowed = result.log_probs
+            if step < config.min_new_tokens:
+                allowed = allowed.copy()
+                allowed[:, info.eos_id] = -np.inf
+            chosen = sample_tokens(allowed, config, rng)
             chosen_log_probs = np.take_along_axis(result.log_probs, chosen[:, None], 1)[:, 0]
+        elif step < config.min_new_tokens:
+            chosen, chosen_log_probs = _best_except(result, info.eos_id)
         else:
             chosen, chosen_log_probs = result.top_ids[:, 0], result.top_log_probs[:, 0]
         # rows that already ended emit padding and add nothing to their score
@@ -265,6 +300,9 @@ def _beam_search(
         candidates = beam_scores[:, :, None] + result.top_log_probs.reshape(R, K, top_k)
         candidates = candidates.reshape(R, K * top_k)
         candidate_ids = result.top_ids.reshape(R, K * top_k)
+        if step < config.min_new_tokens:
+            # EOS may not end a hypothesis yet: its candidates drop below every other one
+            candidates = np.where(candidate_ids == info.eos_id, -np.inf, candidates)
 
         parents = np.arange(R * K)  # the identity for rows that are done
         for r in np.flatnonzero(~row_done):

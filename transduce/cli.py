@@ -11,6 +11,7 @@ import logging
 import sys
 
 from transduce.commands import (
+    bench,
     build,
     demo,
     export,
@@ -30,6 +31,7 @@ COMMANDS = {
     "import": import_model,
     "build": build,
     "selfcheck": selfcheck,
+    "bench": bench,
 }
 
 
@@ -45,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             name, help=module.__doc__.splitlines()[0], description=module.__doc__
         )
         module.add_arguments(sub)
-    args = parser.parse_args(argv)
+    # WORKAROUND: argparse cannot match a "*" positional (generate's sources) that comes after
+    # an option of a subcommand; such leftovers are taken as sources, anything else is an error
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "sources") and not any(e.startswith("-") for e in extras):
+        args.sources = [*args.sources, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -166,3 +166,71 @@ def test_every_problem_is_listed_at_once(setup):
     assert "max_new_tokens must be at least 1" in message
     assert "temperature must be positive" in message
     assert "outside the vocabulary" in message
+
+
+def _masked_golden_greedy(model, src, max_new_tokens, min_new_tokens):
+    """Golden greedy (full recomputation) with EOS banned for the first min_new_tokens steps."""
+    import torch
+
+    config = model.config
+    with torch.no_grad():
+        cross_kv = model.cross_keys_values(model.encode(src))
+        src_mask = model.source_mask(src)
+        prefixes = torch.full((src.shape[0], 1), config.bos_id, dtype=torch.long)
+        for step in range(max_new_tokens):
+            log_probs = torch.log_softmax(model.decode(prefixes, cross_kv, src_mask)[:, -1], -1)
+            if step < min_new_tokens:
+                log_probs[:, config.eos_id] = -torch.inf
+            prefixes = torch.cat([prefixes, log_probs.argmax(-1, keepdim=True)], dim=1)
+    return prefixes[:, 1:].tolist()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime-fp32"])
+def test_min_new_tokens_bans_eos_like_a_masked_golden_greedy(setup, backend):
+    model, backends, src = setup
+    config = GenerationConfig(max_new_tokens=10, min_new_tokens=10)
+    result = generate(backends[backend], src.numpy(), config)
+    assert result.tokens == _masked_golden_greedy(model, src, 10, 10)
+    assert all(len(t) == 10 and model.config.eos_id not in t for t in result.tokens)
+    # without the minimum the same model ends some rows early: the ban did something
+    plain = generate(backends[backend], src.numpy(), GenerationConfig(max_new_tokens=10))
+    assert any(len(t) < 10 for t in plain.tokens)
+
+
+def test_min_new_tokens_below_the_budget_allows_eos_afterwards(setup):
+    model, backends, src = setup
+    config = GenerationConfig(max_new_tokens=12, min_new_tokens=3)
+    result = generate(backends["onnxruntime-fp32"], src.numpy(), config)
+    expected = _masked_golden_greedy(model, src, 12, 3)
+    eos = model.config.eos_id
+    for tokens, reference in zip(result.tokens, expected, strict=True):
+        # the reference keeps going after EOS; the loop stops the row there
+        end = reference.index(eos) + 1 if eos in reference else len(reference)
+        assert tokens == reference[:end]
+        assert len(tokens) >= 3
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_min_new_tokens_gives_every_beam_and_sample_the_full_length(setup, sample):
+    model, backends, src = setup
+    if sample:
+        config = GenerationConfig(max_new_tokens=8, min_new_tokens=8, sample=True, seed=1)
+    else:
+        config = GenerationConfig(max_new_tokens=8, min_new_tokens=8, beam_size=4, n_best=4)
+    results = {name: generate(backends[name], src.numpy(), config) for name in backends}
+    reference = results["torch"].hypotheses
+    for name, result in results.items():
+        lengths = {len(h.tokens) for row in result.hypotheses for h in row}
+        assert lengths == {8}, name
+        assert all(model.config.eos_id not in h.tokens for row in result.hypotheses for h in row)
+        if name == "onnxruntime-fp32":
+            assert [[h.tokens for h in r] for r in result.hypotheses] == [
+                [h.tokens for h in r] for r in reference
+            ]
+
+
+def test_min_new_tokens_above_the_budget_is_refused(setup):
+    _, backends, _ = setup
+    config = GenerationConfig(max_new_tokens=4, min_new_tokens=5)
+    with pytest.raises(ValueError, match=r"min_new_tokens \(5\) must be between 0 and"):
+        generate(backends["onnxruntime-fp32"], [[3, 4]], config)

@@ -3,6 +3,7 @@
 Examples:
     transduce export ~/.cache/transduce/demo/checkpoint --output artifacts/demo-fp32
     transduce export CHECKPOINT --output artifacts/demo-fp16 --precision fp16
+    transduce export CHECKPOINT --output artifacts/demo-int8 --quantize int8
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import transduce
@@ -60,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TOP_K,
         help=f"width of the decoder's top_ids output; beam search needs 2 x beams "
         f"(default: {DEFAULT_TOP_K})",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="fp32 only: quantize the weights to int8 for the CPU (dynamic quantization); "
+        "the output then holds the int8 graphs",
     )
     parser.add_argument(
         "--opset",
@@ -124,9 +133,20 @@ def run(args: argparse.Namespace) -> int:
         layer_norm_fp32=args.layer_norm_fp32,
         softmax_fp32=args.softmax_fp32,
     )
+    if args.quantize and policy.dtype != "float32":
+        raise ValueError(
+            f"--quantize {args.quantize} needs --precision fp32 (got {args.precision}); "
+            "int8 weights are made from the fp32 graphs"
+        )
+    fp32_output = args.output.with_name(f".{args.output.name}.fp32") if args.quantize else None
     manifest = export_checkpoint(
-        args.checkpoint, args.output, policy, top_k=args.top_k, opset=args.opset
+        args.checkpoint, fp32_output or args.output, policy, top_k=args.top_k, opset=args.opset
     )
+    if args.quantize:
+        from transduce.export.quantize import quantize_export
+
+        manifest = quantize_export(fp32_output, args.output)
+        shutil.rmtree(fp32_output)
     for name, graph in manifest["graphs"].items():
         print(f"{name}: {args.output / graph['file']} ({len(graph['operators'])} operator types)")
     return 0
