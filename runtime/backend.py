@@ -9,13 +9,9 @@ the CPU, device memory for TensorRT), and each step returns only small host arra
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -56,16 +52,6 @@ class ModelInfo:
         return cls.from_model_config(
             manifest["model"], top_k=manifest["top_k"], cache_dtype=manifest["precision"]["dtype"]
         )
-
-
-def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; export the model first (transduce export CHECKPOINT "
-            f"--output {directory})"
-        )
-    return json.loads(path.read_text())
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transduce.files import sha256_file
-from transduce.runtime.backend import read_manifest
 
+MANIFEST_FILE = "manifest.json"
 SUPPORTED_FORMATS = ("transduce-onnx/1",)
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; export the model first (transduce export CHECKPOINT "
+            f"--output {directory})"
+        )
+    return json.loads(path.read_text())
 
 
 def load_export(directory: Path) -> dict:

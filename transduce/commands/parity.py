@@ -30,7 +30,6 @@ from transduce.parity import (
     compare_tokens,
     golden_hypotheses,
 )
-from transduce.runtime.backend import read_manifest
 from transduce.runtime.generate import GenerationConfig
 from transduce.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from transduce.text import load_tokenizer
@@ -135,12 +134,11 @@ def run_parity(
     exports = {}
     for label, policy in (("fp32", FP32), ("fp16", FP16)):
         exports[label] = work_dir / f"onnx-{label}"
-        export_checkpoint(checkpoint, exports[label], policy, reuse=reuse_exports)
+        manifest = export_checkpoint(checkpoint, exports[label], policy, reuse=reuse_exports)
         width = max(len(s) for s in sources[:8])
         src = torch.tensor([s + [model.config.pad_id] * (width - len(s)) for s in sources[:8]])
         report.outputs += [
-            _labelled(v, label)
-            for v in compare_graphs(model, exports[label], read_manifest(exports[label]), src)
+            _labelled(v, label) for v in compare_graphs(model, exports[label], manifest, src)
         ]
 
     # layer 3: tokens against the golden decoders, greedy and beam
